@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from duel import data
 from duel.memory import POLICIES, SAFE_TOLERANCE, TIE_TOLERANCE, ActiveMemory
 from duel.metrics import class_entropy
 
@@ -109,8 +110,6 @@ def test_memory_features_are_the_last_writes():
 
 
 def one_hot_stream(p_max: float, steps: int, batch_size: int, seed: int = 0):
-    from duel import data
-
     num_classes = 10
     labels = torch.arange(num_classes).repeat_interleave(50)
     sampler = data.ImbalancedStream(
@@ -122,8 +121,6 @@ def one_hot_stream(p_max: float, steps: int, batch_size: int, seed: int = 0):
 
 
 def test_duel_balances_the_memory_while_fifo_follows_the_stream():
-    from duel import data
-
     histories = {}
     for policy in ("duel", "fifo"):
         memory = ActiveMemory(100, 10, policy=policy)
