@@ -1,0 +1,5 @@
+"""``python -m duel``: see :mod:`duel.cli`."""
+
+from duel.cli import main
+
+raise SystemExit(main())
