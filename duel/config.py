@@ -185,19 +185,24 @@ PROFILES: dict[str, dict[str, Any]] = {
         "defaults": {
             "dataset": "fashion-mnist",
             "image_size": 28,
-            "steps": 600,
-            "batch_size": 256,
+            "steps": 500,
+            "batch_size": 128,
+            "lr": 3e-3,
             "memory_size": 512,
-            "memory_draw": 256,
+            "memory_draw": 128,
+            "snapshot_every": 10,
         },
         "departures": [
             "Fashion-MNIST (grayscale 28x28) instead of CIFAR-10 and STL-10, which "
             "cannot be fetched offline.",
-            "A small CNN instead of ResNet-50 and a few hundred steps instead of "
-            "160k, so that the whole grid trains on a 2-core CPU in 30 minutes.",
-            "Memory K = 512 instead of 2048, in proportion to the shorter run.",
-            "Adam lr 1e-3 instead of the printed 0.05, which diverges for Adam at "
-            "this scale.",
+            "A small CNN instead of ResNet-50, batch 128 instead of 256 and 500 "
+            "steps instead of 160k, so that the whole grid trains on a 2-core CPU "
+            "in 30 minutes.",
+            "Memory K = 512 instead of 2048 and D-SimCLR draws 128 memory items "
+            "instead of 256, in proportion to the smaller batch and shorter run.",
+            "Adam lr 3e-3 instead of the printed 0.05, which is far above what "
+            "Adam tolerates; 3e-3 learned fastest of the rates we tried in 500 "
+            "steps.",
             "SimCLR augmentations with random resized crop: the paper's colour "
             "distortion does nothing to grayscale images.",
             "Linear probe and kNN on 1000 training images per class.",

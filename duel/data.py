@@ -507,9 +507,10 @@ def load_dataset(
 
 
 def _not_found(name: str, looked_in: list[Path], how: str) -> DatasetNotFoundError:
-    paths = "\n".join(f"  - {path}" for path in looked_in)
+    # One line: the command line shows exactly this message and nothing else.
+    paths = ", ".join(str(path) for path in looked_in)
     return DatasetNotFoundError(
-        f"dataset {name!r} not found. Looked in:\n{paths}\nTo get it: {how} "
+        f"dataset {name!r} not found (looked in: {paths}). To get it: {how} "
         "The data root is the `root` argument, else $DUEL_DATA, else ./data."
     )
 

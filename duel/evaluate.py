@@ -103,6 +103,14 @@ def linear_probe(
     Returns:
         ``{"train_accuracy": ..., "test_accuracy": ...}`` in [0, 1].
     """
+    # Standardise with the training features' statistics: raw backbone features
+    # (a random-init one above all) can sit at scales where Adam at 1e-3 does not
+    # fit a linear layer in 100 epochs. The paper does not say how it scaled them.
+    mean = train_features.mean(0, keepdim=True)
+    std = train_features.std(0, keepdim=True).clamp_min(1e-6)
+    train_features = (train_features - mean) / std
+    test_features = (test_features - mean) / std
+
     generator = torch.Generator().manual_seed(seed)
     layer = nn.Linear(train_features.shape[1], num_classes)
     with torch.no_grad():
