@@ -26,6 +26,7 @@ AUGMENTATIONS = ("paper", "simclr", "none")
 BACKBONES = ("small", "resnet18", "resnet50")
 PROJECTORS = ("linear", "mlp2", "mlp3")
 DATASETS = ("digits", "fashion-mnist", "cifar10", "stl10", "imagenet-lt")
+BN_SYNC_MODES = ("sync", "shuffle", "local")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,9 @@ class RunConfig:
     negatives: str = "mixed"
     eps: float = 1.0
     safe: bool = False
+
+    # Multi-process training (torchrun): how BatchNorm sees the global batch.
+    bn_sync: str = "sync"
 
     # Bookkeeping during training.
     checkpoint_every: int = 100
@@ -362,6 +366,7 @@ def validate(config: RunConfig) -> None:
         "augmentation": AUGMENTATIONS,
         "negatives": NEGATIVES,
         "device": DEVICES,
+        "bn_sync": BN_SYNC_MODES,
     }
     for name, accepted in choices.items():
         value = getattr(config, name)
@@ -422,6 +427,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"safe applies to the duel memory policy only, got method "
             f"{config.method!r} with policy {config.policy!r}"
+        )
+    if config.bn_sync == "shuffle" and config.method not in ("moco", "d-moco"):
+        raise ConfigError(
+            "bn_sync 'shuffle' needs a key encoder (moco, d-moco), "
+            f"got method {config.method!r}"
         )
     # MoCo's queue must hold at least one batch of keys, as in the original.
     if config.method in ("moco", "d-moco") and config.memory_size < config.batch_size:

@@ -60,6 +60,25 @@ DEFAULT_MEMORY_POLICY = {"moco": "fifo", "d-moco": "duel", "d-simclr": "duel"}
 # Maps dataset indices (n,) to freshly augmented images (n, C, H, W).
 FetchViews = Callable[[Tensor], Tensor]
 
+# Collects rows (B, ...) from every training process, in rank order, into
+# (world_size * B, ...); see duel.distributed.
+GatherRows = Callable[[Tensor], Tensor]
+
+# Spreads a batch (B, ...) over the training processes before an encoder (MoCo's
+# shuffled BN): returns the rows this process encodes and the function that puts
+# the encoded rows back in the batch's order.
+ShuffleBatch = Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]]]
+
+
+def keep_local(rows: Tensor) -> Tensor:
+    """The single-process :data:`GatherRows`: a process's own rows are all rows."""
+    return rows
+
+
+def no_shuffle(batch: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The single-process :data:`ShuffleBatch`: the batch stays as it is."""
+    return batch, keep_local
+
 
 @dataclass
 class MethodConfig:
@@ -121,6 +140,10 @@ class Method(nn.Module):
         projector: the projection head g.
         memory: the active memory, or None for methods without one.
         config: the configuration, with ``memory_policy`` resolved.
+        gather_rows: how ``after_step`` collects what every training process
+            offers the memory; :func:`keep_local` in a single process. A
+            multi-process trainer sets it, and every process then applies the
+            same update to the same gathered batch, so all memories agree.
     """
 
     def __init__(self, config: MethodConfig) -> None:
@@ -141,6 +164,7 @@ class Method(nn.Module):
         # unit norm, items (B,). after_step inserts it once the optimiser has
         # stepped, so a step's own batch never serves as memory negatives.
         self._memory_offer: tuple[Tensor, Tensor] | None = None
+        self.gather_rows: GatherRows = keep_local
 
     def project(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, projection_dim), through backbone and projector."""
@@ -204,6 +228,10 @@ class Method(nn.Module):
     def after_step(self, labels: Tensor | None = None) -> None:
         """Momentum updates, then the memory update; call after ``optimizer.step()``.
 
+        In a multi-process run the offers of all processes are gathered in rank
+        order first (``gather_rows``), so every process must call it, and all
+        with labels or all without.
+
         Args:
             labels: (B,) class labels of the last batch, or None. They are only
                 written into the memory's analysis buffer (``memory.labels``);
@@ -216,7 +244,11 @@ class Method(nn.Module):
             return
         features, items = self._memory_offer
         self._memory_offer = None
-        self.memory.update(features, labels=labels, items=items)
+        if labels is not None:
+            labels = self.gather_rows(labels)
+        self.memory.update(
+            self.gather_rows(features), labels=labels, items=self.gather_rows(items)
+        )
 
 
 class SimCLR(Method):
@@ -240,9 +272,14 @@ class MoCo(Method):
     Negatives of a query are the memory's keys plus the other keys of the
     batch; the batch's keys then enter the memory.
 
-    Known limit: there is no shuffled BatchNorm (the original shuffles keys
-    across GPUs), so the key encoder's batch statistics can leak information
-    between a query and its key on a single device.
+    In a multi-process run the other keys of the batch are this process's only
+    (local in-batch negatives, as in the original MoCo); the memory's keys are
+    those of every process. ``shuffle_keys`` is the original's shuffled
+    BatchNorm across processes (:class:`duel.distributed.KeyShuffle`).
+
+    Known limit: a single process has no shuffled BatchNorm (``shuffle_keys``
+    is :func:`no_shuffle`), so the key encoder's batch statistics can leak
+    information between a query and its key on a single device.
     """
 
     def __init__(self, config: MethodConfig) -> None:
@@ -257,6 +294,7 @@ class MoCo(Method):
             safe=config.safe,
             seed=config.memory_seed,
         )
+        self.shuffle_keys: ShuffleBatch = no_shuffle
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module, float]]:
         momentum = self.config.momentum
@@ -271,7 +309,8 @@ class MoCo(Method):
         tau, batch = self.config.tau, view1.shape[0]
         query = F.normalize(self.project(view1), dim=1)  # (B, Z)
         with torch.no_grad():
-            key = self.key_projector(self.key_backbone(view2))
+            shuffled, unshuffle = self.shuffle_keys(view2)
+            key = unshuffle(self.key_projector(self.key_backbone(shuffled)))
             key = F.normalize(key, dim=1)  # (B, Z)
         # A copy, so that the memory update after the step cannot alter what
         # the graph saved for backward.
@@ -349,6 +388,10 @@ class DSimCLR(Method):
     loss is defined. The memory images pass through the backbone in training
     mode, so BatchNorm normalises them with their own batch statistics and
     they also enter the running statistics.
+
+    In a multi-process run every process draws the same memory items (the
+    memories and their generators agree) and augments them with its own
+    augmentation generator; in-batch negatives stay local to each process.
     """
 
     def __init__(self, config: MethodConfig, fetch_views: FetchViews | None) -> None:

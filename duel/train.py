@@ -10,6 +10,12 @@ A run lives in ``config.run_dir()``:
 - ``checkpoint.pt`` (+ ``.sha256``): everything needed to resume exactly;
 - ``summary.json``: the final evaluation, written only once it is complete.
 
+Under ``torchrun`` (more than one process, see :mod:`duel.distributed`) every
+process computes every step on its shard of the global batch, and only rank 0
+writes these files. ``batch_size`` is the per-process batch; the checkpoint and
+the summary record the number of processes (``world_size``), and a run resumes
+only with as many processes as it was started with.
+
 Labels never reach training: the learner sees images and dataset indices; the
 labels of a batch are handed to the memory's analysis buffer and nothing else.
 """
@@ -28,7 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from duel import __version__
+from duel import __version__, distributed
 from duel.augment import Augmentation, build_augmentation
 from duel.config import RunConfig, load_config, replace
 from duel.data import (
@@ -39,6 +45,7 @@ from duel.data import (
     load_dataset,
     long_tailed_probabilities,
 )
+from duel.distributed import DistributedContext, KeyShuffle
 from duel.evaluate import balanced_subset, evaluate_features, extract_features
 from duel.io import (
     append_jsonl,
@@ -61,6 +68,10 @@ class NonFiniteLossError(RuntimeError):
 
 class ConfigMismatchError(ValueError):
     """A run directory holds a checkpoint of a different configuration."""
+
+
+class WorldSizeMismatchError(ConfigMismatchError):
+    """A run is resumed with another number of processes than it was started with."""
 
 
 # ------------------------------------------------------------------ building
@@ -142,20 +153,38 @@ class Session:
     fetch_views: FetchViews
     optimizer: torch.optim.Optimizer
     step: int = 0
+    # Multi-process runs: this process's place, the DDP wrapper that the
+    # training forward goes through (None: the method itself), MoCo's key
+    # shuffle (bn_sync "shuffle"), and the processes that trained the run.
+    context: DistributedContext | None = None
+    model: torch.nn.Module | None = None
+    key_shuffle: KeyShuffle | None = None
+    world_size: int = 1
 
     @property
     def num_classes(self) -> int:
         return self.train_set.num_classes
 
 
-def open_session(config: RunConfig) -> Session:
-    """Loads data, builds the method at its seeded initialisation."""
-    device = resolve_device(config.device)
+def open_session(
+    config: RunConfig, context: DistributedContext | None = None
+) -> Session:
+    """Loads data, builds the method at its seeded initialisation.
+
+    Args:
+        config: a validated configuration.
+        context: this process's place in a multi-process run; None for a
+            single process on ``config.device``. With more than one process
+            the method is wrapped for DDP (:func:`duel.distributed.wrap_method`)
+            and each process augments with its own generator.
+    """
+    if context is None:
+        context = DistributedContext(device=resolve_device(config.device))
+    device = context.device
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     info = DATASETS[config.dataset]
-    train_set = load_dataset(config.dataset, "train", config.data_dir, config.download)
-    test_set = load_dataset(config.dataset, "test", config.data_dir, config.download)
+    train_set, test_set = _load_datasets(config, context)
 
     augmentation = build_augmentation(
         config.augmentation,
@@ -167,7 +196,10 @@ def open_session(config: RunConfig) -> Session:
     evaluation_view = build_augmentation(
         "none", image_size=config.image_size, mean=info.mean, std=info.std
     )
-    augmentation_generator = torch.Generator().manual_seed(config.seed + 1)
+    # Rank 0 keeps the single-process seed; other ranks draw other augmentations.
+    augmentation_generator = torch.Generator().manual_seed(
+        distributed.rank_seed(config.seed + 1, context.rank)
+    )
     images = train_set.images.to(device)
 
     def fetch_views(indices: torch.Tensor) -> torch.Tensor:
@@ -177,6 +209,12 @@ def open_session(config: RunConfig) -> Session:
     method = method.to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+    model, key_shuffle = None, None
+    if context.is_distributed:
+        # The seed + 2 stream is the same on every process, as the shuffle needs.
+        model, key_shuffle = distributed.wrap_method(
+            method, context, config.bn_sync, seed=config.seed + 2
+        )
     optimizer = torch.optim.Adam(
         method.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -200,14 +238,51 @@ def open_session(config: RunConfig) -> Session:
         method=method,
         fetch_views=fetch_views,
         optimizer=optimizer,
+        context=context,
+        model=model,
+        key_shuffle=key_shuffle,
+        world_size=context.world_size,
     )
+
+
+def _load_datasets(
+    config: RunConfig, context: DistributedContext
+) -> tuple[ImageDataset, ImageDataset]:
+    def load() -> tuple[ImageDataset, ImageDataset]:
+        return (
+            load_dataset(config.dataset, "train", config.data_dir, config.download),
+            load_dataset(config.dataset, "test", config.data_dir, config.download),
+        )
+
+    if not (config.download and context.is_distributed):
+        return load()
+    # Rank 0 downloads first and the others then read its files instead of
+    # racing it; its error, if any, stops them all.
+    loaded: list[tuple[ImageDataset, ImageDataset]] = []
+    context.on_main(lambda: loaded.append(load()))
+    return loaded[0] if loaded else load()
+
+
+def _check_distributed(config: RunConfig, context: DistributedContext) -> None:
+    """What a multi-process run needs beyond a valid configuration."""
+    distributed.check_bn_sync(config.bn_sync, config.method)
+    global_batch = config.batch_size * context.world_size
+    # The single-process rule (validate): MoCo's queue holds at least one batch
+    # of keys, and every process now adds the keys of the global batch.
+    if config.method in ("moco", "d-moco") and config.memory_size < global_batch:
+        raise ValueError(
+            f"memory_size must be >= batch_size x world_size ({config.batch_size} x "
+            f"{context.world_size} = {global_batch}) for {config.method}, "
+            f"got {config.memory_size}"
+        )
 
 
 # ------------------------------------------------------------ checkpointing
 
 
 def _checkpoint_state(session: Session) -> dict[str, Any]:
-    return {
+    """The run's state; in a multi-process run every process must call it."""
+    state = {
         "step": session.step,
         "identity": session.config.identity(),
         "method": session.method.state_dict(),
@@ -215,8 +290,22 @@ def _checkpoint_state(session: Session) -> dict[str, Any]:
         "stream": session.stream.state_dict(),
         "augmentation_generator": session.augmentation_generator.get_state(),
         "torch_rng": torch.get_rng_state(),
+        "world_size": session.world_size,
         "version": __version__,
     }
+    context = session.context
+    if context is not None and context.is_distributed:
+        # Everything else is identical on every process; the random streams
+        # of augmentation are per process: (world_size, state bytes) each.
+        state["rank_states"] = {
+            "augmentation_generator": context.gather_rows(
+                session.augmentation_generator.get_state()[None]
+            ),
+            "torch_rng": context.gather_rows(torch.get_rng_state()[None]),
+        }
+    if session.key_shuffle is not None:
+        state["key_shuffle"] = session.key_shuffle.generator.get_state()
+    return state
 
 
 def _restore(session: Session, state: dict[str, Any]) -> None:
@@ -226,6 +315,26 @@ def _restore(session: Session, state: dict[str, Any]) -> None:
     session.augmentation_generator.set_state(state["augmentation_generator"])
     torch.set_rng_state(state["torch_rng"])
     session.step = int(state["step"])
+    session.world_size = int(state.get("world_size", 1))
+    context = session.context
+    if context is not None and context.is_distributed:
+        rank_states = state["rank_states"]
+        session.augmentation_generator.set_state(
+            rank_states["augmentation_generator"][context.rank].clone()
+        )
+        torch.set_rng_state(rank_states["torch_rng"][context.rank].clone())
+    if session.key_shuffle is not None and "key_shuffle" in state:
+        session.key_shuffle.generator.set_state(state["key_shuffle"])
+
+
+def _check_world_size(state: dict[str, Any], world_size: int, run_dir: Path) -> None:
+    stored = int(state.get("world_size", 1))
+    if stored != world_size:
+        raise WorldSizeMismatchError(
+            f"{run_dir} was trained with world_size {stored} (processes) and this "
+            f"launch has world_size {world_size}; resume it with {stored} "
+            "process(es) or use another runs_dir"
+        )
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -270,7 +379,14 @@ def _check_writable(runs_dir: str) -> None:
 
 
 def _save(session: Session) -> None:
-    save_checkpoint(session.run_dir / "checkpoint.pt", _checkpoint_state(session))
+    """Writes the checkpoint (rank 0); every process of a run must call it."""
+    state = _checkpoint_state(session)
+    if _is_main(session):
+        save_checkpoint(session.run_dir / "checkpoint.pt", state)
+
+
+def _is_main(session: Session) -> bool:
+    return session.context is None or session.context.is_main
 
 
 def _memory_snapshot(session: Session) -> dict[str, Any] | None:
@@ -345,45 +461,94 @@ def train(
 ) -> dict[str, Any] | None:
     """Trains (or resumes) one run, then evaluates it.
 
+    Launched by ``torchrun`` with more than one process, every process calls
+    this: each trains on its shard of the global batch (``batch_size`` per
+    process) with DDP and a memory synchronised across processes (see
+    :mod:`duel.distributed`). DDP averages the gradients, so an update is the
+    gradient of the mean per-process loss over a global batch of
+    ``batch_size x world_size``, while each process's contrastive loss only
+    contrasts its own ``batch_size`` samples (plus the shared memory). Rank 0
+    alone writes files; every process evaluates (they would otherwise idle at
+    a barrier whose timeout evaluation may outlast) and rank 0 writes the
+    summary.
+
     Args:
         config: a validated configuration.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only).
         stop_at: stop after this step with a checkpoint and no evaluation (to
             train in pieces).
         evaluate: evaluate at the end and write ``summary.json``.
 
     Returns:
-        The summary, or None when stopped early or not evaluated.
+        The summary on rank 0; None when stopped early, not evaluated, or on
+        another rank.
 
     Raises:
         ConfigMismatchError: the run directory holds another configuration.
+        WorldSizeMismatchError: the run was started with another number of
+            processes.
         NonFiniteLossError: the loss became NaN or infinite.
         duel.io.CheckpointError: the checkpoint is corrupted.
     """
-    run_dir = config.run_dir()
-    _check_writable(config.runs_dir)
-    _check_same_run(run_dir, config)
-    session = open_session(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+    context = distributed.join(resolve_device(config.device))
+    return _train(config, context, progress, stop_at, evaluate)
 
-    checkpoint = run_dir / "checkpoint.pt"
-    if checkpoint.exists():
-        _restore(session, load_checkpoint(checkpoint))
-        log.info("resuming %s from step %d", run_dir, session.step)
-    for name in ("metrics.jsonl", "memory.jsonl"):
-        truncate_jsonl(run_dir / name, session.step)
+
+def _train(
+    config: RunConfig,
+    context: DistributedContext,
+    progress: bool,
+    stop_at: int | None,
+    evaluate: bool,
+) -> dict[str, Any] | None:
+    run_dir = config.run_dir()
+
+    def check_run_dir() -> None:
+        _check_writable(config.runs_dir)
+        _check_same_run(run_dir, config)
+
+    def start_run() -> dict[str, Any] | None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+        checkpoint = run_dir / "checkpoint.pt"
+        return load_checkpoint(checkpoint) if checkpoint.exists() else None
+
+    # Rank 0 alone reads and writes the run directory (other machines need not
+    # see it); the checkpoint it reads reaches every process.
+    context.on_main(check_run_dir)
+    if context.is_distributed:
+        _check_distributed(config, context)
+        if context.is_main:
+            log.info(
+                "training on %d processes (%s), bn_sync %s, global batch %d",
+                context.world_size,
+                context.device.type,
+                config.bn_sync,
+                config.batch_size * context.world_size,
+            )
+    session = open_session(config, context)
+    state = context.on_main(start_run)
+    if state is not None:
+        _check_world_size(state, context.world_size, run_dir)
+        _restore(session, state)
+        if context.is_main:
+            log.info("resuming %s from step %d", run_dir, session.step)
+    if context.is_main:
+        for name in ("metrics.jsonl", "memory.jsonl"):
+            truncate_jsonl(run_dir / name, session.step)
 
     if session.step < config.steps:
         _train_steps(session, progress, stop_at)
     if session.step < config.steps or not evaluate:
         return None
     summary = evaluate_session(session, progress=progress)
-    return summary
+    return summary if context.is_main else None
 
 
 def _train_steps(session: Session, progress: bool, stop_at: int | None) -> None:
     config, method, run_dir = session.config, session.method, session.run_dir
+    context = session.context or DistributedContext(device=session.device)
+    model = method if session.model is None else session.model
     subset_reference = balanced_subset(
         session.train_set.labels, config.knn_subset_per_class
     )
@@ -398,37 +563,16 @@ def _train_steps(session: Session, progress: bool, stop_at: int | None) -> None:
         total=config.steps,
         initial=session.step,
         desc=f"{config.method} p_max={config.p_max:g}",
-        disable=not progress,
+        disable=not (progress and context.is_main),
         dynamic_ncols=True,
     )
     method.train()
     started = time.perf_counter()
     pending_metrics: list[dict[str, Any]] = []
     pending_memory: list[dict[str, Any]] = []
-    while session.step < last:
-        step = session.step
-        lr = learning_rate(config, step)
-        for group in session.optimizer.param_groups:
-            group["lr"] = lr
 
-        indices = session.stream.next_batch()
-        batch = session.images[indices.to(session.device)]
-        view1 = session.augmentation(batch, session.augmentation_generator)
-        view2 = session.augmentation(batch, session.augmentation_generator)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, logs = method(view1, view2, indices.to(session.device))
-        if not math.isfinite(logs["loss"]):
-            raise NonFiniteLossError(
-                f"loss became {logs['loss']} at step {step + 1}; the last good "
-                f"checkpoint (step {_checkpointed_step(run_dir)}) is kept in {run_dir}"
-            )
-        session.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        session.optimizer.step()
-        # Analysis only: the memory files the labels beside its slots.
-        method.after_step(labels=session.train_set.labels[indices])
-        session.step = step + 1
-
+    def record_step(lr: float, logs: dict[str, float]) -> None:
+        """Rank 0: the step's record, in-training kNN and memory snapshots."""
         record = {"step": session.step, "lr": lr, **logs}
         record["seconds"] = time.perf_counter() - started
         if method.memory is not None:
@@ -448,16 +592,47 @@ def _train_steps(session: Session, progress: bool, stop_at: int | None) -> None:
         if method.memory is not None and session.step in feature_steps:
             _save_feature_snapshot(session)
 
-        if session.step % config.checkpoint_every == 0 or session.step == last:
-            append_jsonl(run_dir / "metrics.jsonl", pending_metrics)
-            append_jsonl(run_dir / "memory.jsonl", pending_memory)
-            pending_metrics, pending_memory = [], []
-            _save(session)
-
         shown = {"loss": f"{logs['loss']:.3f}", "lr": f"{lr:.1e}"}
         if "memory_class_entropy" in record:
             shown["H(mem)"] = f"{record['memory_class_entropy']:.2f}"
         bar.set_postfix(shown, refresh=False)
+
+    while session.step < last:
+        step = session.step
+        lr = learning_rate(config, step)
+        for group in session.optimizer.param_groups:
+            group["lr"] = lr
+
+        indices = session.stream.next_batch(context.rank, context.world_size)
+        batch = session.images[indices.to(session.device)]
+        view1 = session.augmentation(batch, session.augmentation_generator)
+        view2 = session.augmentation(batch, session.augmentation_generator)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss, logs = model(view1, view2, indices.to(session.device))
+        # The logged loss is the mean over processes; a NaN on one process
+        # makes it NaN everywhere, so all processes stop at the same step.
+        logs = context.average(logs)
+        if not math.isfinite(logs["loss"]):
+            raise NonFiniteLossError(
+                f"loss became {logs['loss']} at step {step + 1}; the last good "
+                f"checkpoint (step {_checkpointed_step(run_dir)}) is kept in {run_dir}"
+            )
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        # Analysis only: the memory files the labels beside its slots.
+        method.after_step(labels=session.train_set.labels[indices])
+        session.step = step + 1
+
+        if context.is_main:
+            record_step(lr, logs)
+        if session.step % config.checkpoint_every == 0 or session.step == last:
+            if context.is_main:
+                append_jsonl(run_dir / "metrics.jsonl", pending_metrics)
+                append_jsonl(run_dir / "memory.jsonl", pending_memory)
+            pending_metrics.clear()
+            pending_memory.clear()
+            _save(session)
         bar.update(1)
     bar.close()
 
@@ -471,8 +646,12 @@ def _checkpointed_step(run_dir: Path) -> int:
 
 
 def evaluate_session(session: Session, progress: bool = False) -> dict[str, Any]:
-    """Evaluates the trained backbone and its random-init twin; writes summary.json."""
+    """Evaluates the trained backbone and its random-init twin; writes summary.json.
+
+    In a multi-process run every process may call it; rank 0 alone writes.
+    """
     config = session.config
+    progress = progress and _is_main(session)
     started = time.perf_counter()
     reference = balanced_subset(session.train_set.labels, config.eval_train_per_class)
     train_images = session.train_set.images[reference]
@@ -517,6 +696,7 @@ def evaluate_session(session: Session, progress: bool = False) -> dict[str, Any]
     summary: dict[str, Any] = {
         "config": config.to_dict(),
         "steps": session.step,
+        "world_size": session.world_size,
         "evaluated_on": {
             "train_images": len(reference),
             "test_images": len(test_labels),
@@ -539,7 +719,8 @@ def evaluate_session(session: Session, progress: bool = False) -> dict[str, Any]
             "class_counts": counts.tolist(),
         }
     summary["evaluation_seconds"] = time.perf_counter() - started
-    atomic_write_json(session.run_dir / "summary.json", summary)
+    if _is_main(session):
+        atomic_write_json(session.run_dir / "summary.json", summary)
     return summary
 
 
