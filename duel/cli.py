@@ -1,4 +1,4 @@
-"""Command line: ``python -m duel train|eval|sweep``.
+"""Command line: ``python -m duel train|eval|sweep|book``.
 
 Every :class:`~duel.config.RunConfig` field is an option (``p_max`` is
 ``--p-max``). A bad value stops the command before any work with one line that
@@ -13,7 +13,9 @@ import logging
 import sys
 from dataclasses import fields
 
+from duel.build_book import add_book_parser, book_command
 from duel.config import PROFILES, RunConfig, build_config
+from duel.sweep import add_sweep_parser, sweep_command
 
 log = logging.getLogger("duel")
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a run from its checkpoint")
     evaluate.add_argument("run_dir", help="the run's directory")
 
+    add_sweep_parser(commands)
+    add_book_parser(commands)
+
     return parser
 
 
@@ -103,7 +108,12 @@ def _report(run_dir, summary: dict) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-COMMANDS = {"train": _train, "eval": _eval}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "sweep": sweep_command,
+    "book": book_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
