@@ -350,86 +350,131 @@ class ActiveMemory(nn.Module):
         """The batched DUEL update (SPEC 4, "selection array" form).
 
         One similarity product of the batch against memory and batch, then
-        O(K + B) work per insertion: add the newcomer's column to every score,
+        O(K + B) work per insertion: add the newcomer's row to every score,
         take the argmax over the slots, subtract the evicted element's column.
+
+        The per-insertion loop is numpy on preallocated float64 buffers: at
+        K = 2048 one insertion is a handful of vector operations whose cost is
+        mostly numpy's per-call overhead, so the loop issues as few calls as
+        it can (see ``benchmarks/policy.py`` for what it costs).
         """
         size, batch = self.size, incoming.shape[0]
         filled = self.num_filled
         pairwise = self._pairwise_matrix()
 
-        # to_slot: (K, B) p(content of slot k, x_t); kept current as slots change.
-        # among_batch: (B, B) p(x_u, x_t), diagonal 0.
+        # to_slot: (B, K) p(content of slot k, x_t), a view into the product;
+        # column k is rewritten when slot k changes, so row t stays current.
+        # among_batch: (B, B) p(x_t, x_u), diagonal 0.
         both = torch.cat([self.features, incoming]).cpu()
-        similarity = duplication_probability(incoming.cpu(), both, self.tau)
-        to_slot = np.ascontiguousarray(similarity[:, :size].numpy().T)
-        among_batch = similarity[:, size:].numpy().copy()
+        similarity = duplication_probability(incoming.cpu(), both, self.tau).numpy()
+        to_slot = similarity[:, :size]
+        among_batch = similarity[:, size:].copy()
         np.fill_diagonal(among_batch, 0.0)
         scores = self.scores.cpu().numpy().copy()
 
         # source[k]: which incoming sample slot k now holds (-1: the stored one).
-        source = np.full(size, -1, dtype=np.int64)
-        slots = np.full(batch, -1, dtype=np.int64)
+        # replaced_slots[:n_replaced] lists those slots, in first-replaced order,
+        # and replaced_sources the sample each holds, so that the column of an
+        # evicted stored element is patched without scanning all K slots.
+        # Scalars live in Python lists: numpy's scalar access costs more than
+        # Python's, and the loop does a few per insertion.
+        source = [-1] * size
+        position = [-1] * size
+        replaced_slots = np.empty(batch, dtype=np.int64)
+        replaced_sources = np.empty(batch, dtype=np.int64)
+        n_replaced = 0
+        slots = [-1] * batch
+        candidate, after, evicted = np.empty(size), np.empty(size), np.empty(size)
+        total_log: float | None = None  # sum log(scores), for the safe rule
         for t in range(batch):
-            to_new = to_slot[:, t]
+            to_new = to_slot[t]
             if filled < size:
                 r = filled
                 scores[:filled] += to_new[:filled]
                 scores[r] = to_new[:filled].sum()
                 filled += 1
             else:
-                candidate = scores + to_new
-                best = candidate.max()
-                r = int(np.argmax(candidate >= best - TIE_TOLERANCE * abs(best)))
-                evicted = self._column(r, source, pairwise, to_slot)
-                after = scores - evicted + to_new
+                np.add(scores, to_new, out=candidate)
+                r = int(candidate.argmax())
+                best = float(candidate[r])
+                # argmax already returns the first exact maximum; a slot before
+                # r within the tie tolerance wins too (lowest index).
+                threshold = best - TIE_TOLERANCE * abs(best)
+                if r and candidate[:r].max() >= threshold:
+                    r = int(np.argmax(candidate[:r] >= threshold))
+
+                # after = scores - p(content of r, every slot) + to_new.
+                if source[r] >= 0:
+                    # Slot r holds a sample of this batch: its row is current,
+                    # and 0 at r itself.
+                    np.subtract(scores, to_slot[source[r]], out=after)
+                else:
+                    np.copyto(evicted, pairwise[r])
+                    if n_replaced:
+                        sources = replaced_sources[:n_replaced]
+                        evicted[replaced_slots[:n_replaced]] = to_slot[sources, r]
+                    np.subtract(scores, evicted, out=after)
+                after += to_new
                 after[r] = to_new.sum() - to_new[r]
-                if self.safe and not _raises_distinctiveness(scores, after):
-                    continue
-                scores = after
+                if self.safe:
+                    if total_log is None:
+                        total_log = float(np.log(scores).sum())
+                    new_log = float(np.log(after).sum())
+                    if not _total_log_drops(total_log, new_log):
+                        continue
+                    total_log = new_log
+                scores, after = after, scores
             slots[t] = r
+            if source[r] < 0:
+                position[r] = n_replaced
+                replaced_slots[n_replaced] = r
+                n_replaced += 1
+            replaced_sources[position[r]] = t
             source[r] = t
-            to_slot[r, :] = among_batch[t, :]
+            to_slot[:, r] = among_batch[t]
 
         self.filled.fill_(filled)
         self.scores.copy_(torch.from_numpy(scores))
-        self._refresh_pairwise(pairwise, source, to_slot)
-        return torch.from_numpy(slots)
-
-    @staticmethod
-    def _column(
-        r: int, source: np.ndarray, pairwise: np.ndarray, to_slot: np.ndarray
-    ) -> np.ndarray:
-        """p(content of slot r, content of every slot k), (K,), 0 at k = r."""
-        if source[r] >= 0:
-            # Slot r holds a sample of this batch: to_slot tracks it.
-            column = to_slot[:, source[r]].astype(np.float64)
-        else:
-            column = pairwise[r].astype(np.float64)
-            replaced = np.flatnonzero(source >= 0)
-            column[replaced] = to_slot[r, source[replaced]]
-        column[r] = 0.0
-        return column
+        self._refresh_pairwise(
+            pairwise,
+            replaced_slots[:n_replaced],
+            to_slot[replaced_sources[:n_replaced]],
+        )
+        return torch.tensor(slots, dtype=torch.long)
 
     @staticmethod
     def _refresh_pairwise(
-        pairwise: np.ndarray, source: np.ndarray, to_slot: np.ndarray
+        pairwise: np.ndarray, replaced: np.ndarray, rows: np.ndarray
     ) -> None:
-        """Writes the rows and columns of the slots replaced in this batch."""
-        replaced = np.flatnonzero(source >= 0)
+        """Writes the rows and columns of the slots replaced in this batch.
+
+        Args:
+            pairwise: (K, K) cache, updated in place.
+            replaced: (R,) slots whose content changed.
+            rows: (R, K) p(new content of replaced[i], content of slot k).
+        """
         if len(replaced) == 0:
             return
-        rows = to_slot[:, source[replaced]]  # (K, R): p(slot k, new content of r)
-        pairwise[:, replaced] = rows
-        pairwise[replaced, :] = rows.T
+        # Columns first, then rows: where two replaced slots meet, the row write
+        # wins, as it always has (the product need not be bit-symmetric).
+        # torch's index_copy_ writes the R scattered columns several times
+        # faster than numpy's fancy assignment.
+        torch.from_numpy(pairwise).index_copy_(
+            1, torch.from_numpy(replaced), torch.from_numpy(rows.T)
+        )
+        pairwise[replaced, :] = rows
         pairwise[replaced, replaced] = 0.0
 
 
-def _raises_distinctiveness(before: np.ndarray, after: np.ndarray) -> bool:
+def _total_log_drops(old: float, new: float) -> bool:
     """Whether the total distinctiveness -sum log(s_i / K) goes up (Algorithm 2).
+
+    Args:
+        old: sum of log scores before the insertion.
+        new: sum of log scores after it.
 
     A change within rounding of zero (swapping a duplicate for its twin) is no rise.
     """
-    old, new = float(np.log(before).sum()), float(np.log(after).sum())
     return new < old - SAFE_TOLERANCE * max(1.0, abs(old))
 
 

@@ -12,41 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duel import data
-from duel.memory import POLICIES, SAFE_TOLERANCE, TIE_TOLERANCE, ActiveMemory
+from duel.memory import POLICIES, ActiveMemory
 from duel.metrics import class_entropy
-
-
-def reference_duel(
-    stream: torch.Tensor, size: int, tau: float, safe: bool = False
-) -> list[int]:
-    """DUEL as the paper states it: every score recomputed for every insertion.
-
-    stream: (N, dim) float64 unit features, offered one at a time.
-    """
-    memory: list[torch.Tensor] = []
-    slots = []
-    for x in stream:
-        if len(memory) < size:
-            memory.append(x)
-            slots.append(len(memory) - 1)
-            continue
-        everyone = torch.stack([*memory, x])
-        probability = torch.exp((everyone @ everyone.T - 1) / tau)
-        probability.fill_diagonal_(0)
-        scores = probability[:size].sum(1)  # each slot over M + {x}
-        best = scores.max()
-        r = int(torch.nonzero(scores >= best - TIE_TOLERANCE * abs(best))[0])
-        if safe:
-            before = probability[:size, :size].sum(1)
-            kept = [i for i in range(size + 1) if i != r]
-            after = probability[kept][:, kept].sum(1)
-            old, new = float(before.log().sum()), float(after.log().sum())
-            if not new < old - SAFE_TOLERANCE * max(1.0, abs(old)):
-                slots.append(-1)
-                continue
-        memory[r] = x
-        slots.append(r)
-    return slots
+from duel.reference import reference_duel
 
 
 def unit(tensor: torch.Tensor) -> torch.Tensor:
