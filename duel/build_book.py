@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from duel.config import METHODS
+from duel.io import atomic_write_bytes
 from duel.sweep import (
     P_MAX_GRID,
     SweepResult,
@@ -55,6 +56,7 @@ ANALYSIS_NOTEBOOKS = (
     "05_ablation_negatives",
     "04_memory_tsne",
     "03_results",
+    "06_cost",
 )
 
 # What a book root holds besides executed notebooks; copied when building
@@ -119,14 +121,20 @@ def fingerprint(
     """The digest of everything an analysis notebook's output depends on.
 
     The runs count only for a notebook that reads them, one that is given a
-    ``runs_dir`` parameter.
+    ``runs_dir`` parameter; benchmark results likewise for a ``results_dir``.
     """
     reads_runs = "runs_dir" in parameters
+    results = parameters.get("results_dir")
     record = {
         "notebook": file_digest(notebook),
         "parameters": parameters,
         "package": package_digest(),
         "runs": runs_digest(runs_dir, parameters["profile"]) if reads_runs else None,
+        "results": (
+            {p.name: file_digest(p) for p in sorted(Path(results).glob("*.json"))}
+            if results
+            else None
+        ),
     }
     text = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -140,8 +148,6 @@ def _fingerprint_path(executed: Path) -> Path:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    from duel.io import atomic_write_bytes
-
     # An unchanged file keeps its time stamp, so Sphinx does not rebuild pages
     # that include it.
     if path.exists() and path.read_text() == text:
@@ -213,6 +219,31 @@ def write_generated_pages(
         )
         listing = markdown_table(table)
     _write_if_changed(generated / "runs.md", listing)
+
+
+def export_front_figure(root: Path, profile: str, runs_dir: str | os.PathLike) -> None:
+    """Saves Figure 8a of the profile's runs as ``book/figures/<profile>-memory-
+    entropy.png``, the figure the README shows; nothing when no run finished."""
+    import io as bytes_io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from duel.book import load_curves, load_runs, main_runs, num_classes_of
+    from duel.figures import plot_entropy_curves
+
+    runs = main_runs(load_runs(runs_dir, profile))
+    curves = load_curves(runs)
+    if curves["memory_class_entropy"].notna().sum() == 0:
+        return
+    figure = plot_entropy_curves(curves, num_classes_of(runs))
+    buffer = bytes_io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    target = root / "book" / "figures" / f"{profile}-memory-entropy.png"
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def copy_sources(source: Path, root: Path) -> None:
@@ -340,6 +371,7 @@ def build_book(
     if build_only:
         result = BookResult(html=None, sweep=SweepResult(), build=True)
         write_generated_pages(root, profile, runs_dir)
+        export_front_figure(root, profile, runs_dir)
         result.html = jupyter_book_build(root)
         result.seconds = time.perf_counter() - started
         return result
@@ -363,6 +395,7 @@ def build_book(
         "05_ablation_negatives": {**common, "seeds": list(seeds), "steps": steps},
         "04_memory_tsne": {**common, "seed": int(seeds[0]), "steps": steps},
         "03_results": common,
+        "06_cost": {"results_dir": str(source / "benchmarks" / "results")},
     }
     for name in tqdm(ANALYSIS_NOTEBOOKS, desc="notebooks", disable=not progress):
         try:
@@ -376,6 +409,7 @@ def build_book(
         (result.executed if ran else result.skipped).append(name)
 
     write_generated_pages(root, profile, runs_dir)
+    export_front_figure(root, profile, runs_dir)
     if build and not result.failed:
         result.html = jupyter_book_build(root)
     result.seconds = time.perf_counter() - started
