@@ -62,7 +62,6 @@ ANALYSIS_NOTEBOOKS = (
 # What a book root holds besides executed notebooks; copied when building
 # elsewhere than in the source tree.
 STATIC_FILES = ("_config.yml", "_toc.yml")
-PAGES = ("intro.md", "method.md", "reproduction.md", "runs.md")
 
 
 class BookBuildError(RuntimeError):
@@ -252,8 +251,8 @@ def copy_sources(source: Path, root: Path) -> None:
         return
     for name in STATIC_FILES:
         _copy_if_changed(source / name, root / name)
-    for name in PAGES:
-        _copy_if_changed(source / "book" / name, root / "book" / name)
+    for page in sorted((source / "book").glob("*.md")):
+        _copy_if_changed(page, root / "book" / page.name)
 
 
 def _copy_if_changed(source: Path, target: Path) -> None:

