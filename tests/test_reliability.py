@@ -266,3 +266,66 @@ def test_summary_is_written_only_when_evaluation_completes(tmp_path, monkeypatch
     monkeypatch.undo()
     assert train(config, progress=False) is not None
     assert (config.run_dir() / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------- sweeps
+
+
+def _sweep(runs_dir: Path, pages: Path) -> subprocess.Popen:
+    # A session of its own, so that a kill reaches the notebook kernels too.
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duel",
+            "--quiet",
+            "sweep",
+            "--profile",
+            "smoke",
+            "--methods",
+            "d-moco",
+            "simclr",
+            "--p-max",
+            "0.75",
+            "--steps",
+            "60",
+            "--runs-dir",
+            str(runs_dir),
+            "--notebooks-dir",
+            str(pages),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_killed_sweep_rerun_gives_the_tables_of_an_unbroken_one(tmp_path):
+    from duel.book import load_runs, table1, table2
+
+    unbroken = _sweep(tmp_path / "whole", tmp_path / "whole-pages")
+    assert unbroken.wait(timeout=300) == 0
+
+    runs_dir = tmp_path / "killed"
+    sweep = _sweep(runs_dir, tmp_path / "killed-pages")
+    # Kill the sweep and its kernels once the simclr run is partly trained.
+    second = build_config("smoke", method="simclr", p_max=0.75, steps=60)
+    second_dir = runs_dir / second.run_dir().relative_to(second.runs_dir)
+    while not (second_dir / "checkpoint.pt").exists():
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait(timeout=60)
+    assert not (second_dir / "summary.json").exists()
+
+    rerun = _sweep(runs_dir, tmp_path / "killed-pages")
+    assert rerun.wait(timeout=300) == 0
+
+    whole = load_runs(tmp_path / "whole", "smoke")
+    again = load_runs(runs_dir, "smoke")
+    assert len(whole) == len(again) == 2
+    assert table1(whole).equals(table1(again))
+    assert table2(whole).equals(table2(again))

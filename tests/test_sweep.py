@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import nbformat
@@ -170,8 +169,7 @@ def test_sweep_resumes_skips_and_lists_failures(tmp_path, monkeypatch, capsys):
     assert len(again.skipped) == 3
     assert not (page_dir / "d-moco_p_max-0.75_seed-0.ipynb.failed").exists()
 
-    # Nothing left to do: every run is skipped, quickly.
-    started = time.perf_counter()
+    # Nothing left to do: every run is skipped.
     done = run_sweep(
         "smoke",
         ["moco", "d-moco"],
@@ -182,7 +180,6 @@ def test_sweep_resumes_skips_and_lists_failures(tmp_path, monkeypatch, capsys):
         progress=False,
     )
     assert done.executed == [] and len(done.skipped) == 4
-    assert time.perf_counter() - started < 10
 
     # A re-evaluated run (a new summary) makes its page out of date.
     summary = config("moco", 0.75).run_dir() / "summary.json"
