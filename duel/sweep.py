@@ -14,8 +14,14 @@ training resumes from its checkpoint. A failed run does not stop the sweep; the
 failures are listed at the end. Notebooks are written atomically: papermill
 writes to a hidden temporary name that is renamed once the notebook is clean.
 
+Runs execute in this process (``--executor local``, the default) or as one
+submitit job each: on Slurm (``--executor slurm``) or in local subprocesses
+(``--executor submitit-local``, to try that path on one machine). Either way a
+run is the same papermill execution of the training notebook.
+
 Example:
     python -m duel sweep --profile smoke --methods moco d-moco --p-max 0.1 0.75
+    python -m duel sweep --profile gpu --executor slurm --partition gpu
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +48,14 @@ log = logging.getLogger(__name__)
 P_MAX_GRID = (0.1, 0.25, 0.5, 0.75)
 
 TRAIN_NOTEBOOK = Path("notebooks") / "02_train.ipynb"
+
+# Where the runs execute: in this process, on Slurm, or in local subprocesses
+# through submitit (the Slurm path without a cluster).
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+# Seconds between checks on submitted jobs: a local subprocess is cheap to ask,
+# while each Slurm check queries the scheduler.
+POLL_SECONDS = {"slurm": 30.0, "submitit-local": 1.0}
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -287,6 +301,52 @@ def is_done(run: PlannedRun, source_digest: str, code_digest: str) -> bool:
 # --------------------------------------------------------------------- run
 
 
+def execute_run(
+    run: PlannedRun, source: str | os.PathLike, source_digest: str, code_digest: str
+) -> None:
+    """Executes one run's training notebook with papermill, making its page.
+
+    Args:
+        run: the planned run.
+        source: the training notebook.
+        source_digest: :func:`file_digest` of ``source``.
+        code_digest: :func:`package_digest` of the package.
+
+    Raises:
+        NotebookFailed: the notebook raised.
+    """
+    # The page records the summary it shows, so a re-evaluated run is redone.
+    execute_notebook(
+        source,
+        run.notebook,
+        run.parameters,
+        title=run.title,
+        metadata=lambda: {
+            "source_sha256": source_digest,
+            "package_sha256": code_digest,
+            "summary_sha256": file_digest(run.config.run_dir() / "summary.json"),
+        },
+    )
+
+
+def submitted_run(
+    run: PlannedRun, source: str | os.PathLike, source_digest: str, code_digest: str
+) -> tuple[str, Path | None] | None:
+    """What one submitit job runs: :func:`execute_run`, its failure as a value.
+
+    A raised exception reaches the submitter only as a traceback's text, so the
+    notebook's one-line error and the failed notebook's path are returned.
+
+    Returns:
+        None when the run finished, else its error line and failed notebook.
+    """
+    try:
+        execute_run(run, source, source_digest, code_digest)
+    except NotebookFailed as error:
+        return str(error), error.notebook
+    return None
+
+
 @dataclass
 class SweepResult:
     """What a sweep did: runs executed, skipped (already done) and failed."""
@@ -333,6 +393,11 @@ def run_sweep(
     jobs: int = 1,
     source: str | os.PathLike = ".",
     progress: bool = True,
+    executor: str = "local",
+    partition: str | None = None,
+    gpus_per_run: int = 1,
+    time_minutes: int = 120,
+    slurm_log_dir: str | os.PathLike = Path("runs") / "slurm",
 ) -> SweepResult:
     """Runs the grid through papermill, skipping finished runs.
 
@@ -346,17 +411,26 @@ def run_sweep(
         notebooks_dir: where executed notebooks go (``<profile>/`` below it).
         steps: override the profile's steps (None keeps them).
         device: override the device (None: the profile's ``auto``).
-        jobs: runs at once; each gets ``cores // jobs`` torch threads.
+        jobs: runs at once in this process, each with ``cores // jobs`` torch
+            threads; with ``submitit-local`` every job starts at once and only
+            the thread split applies; on Slurm it is not used.
         source: the folder holding ``notebooks/02_train.ipynb``.
         progress: show a progress bar over runs.
+        executor: one of :data:`EXECUTORS`.
+        partition: the Slurm partition (required by ``slurm``).
+        gpus_per_run: GPUs each submitit job asks for.
+        time_minutes: each submitit job's time limit.
+        slurm_log_dir: where submitit keeps each job's logs and results.
 
     Returns:
         What was executed, skipped and failed.
 
     Raises:
-        ValueError: jobs < 1, or the training notebook is missing.
+        ValueError: a bad executor option, jobs < 1, or the training notebook is
+            missing.
         duel.config.ConfigError: a bad profile, method or value.
     """
+    check_executor_options(executor, partition, gpus_per_run, time_minutes)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     notebook = Path(source) / TRAIN_NOTEBOOK
@@ -365,7 +439,9 @@ def run_sweep(
             f"source must hold {TRAIN_NOTEBOOK}, got {str(source)!r}; run the "
             "command from the repository's root"
         )
-    threads = max(1, available_cores() // jobs)
+    # A Slurm job's cores are its own allocation's, unknown here: torch's
+    # default uses them all.
+    threads = None if executor == "slurm" else max(1, available_cores() // jobs)
     planned = plan_sweep(
         profile,
         methods,
@@ -387,26 +463,12 @@ def run_sweep(
         else:
             todo.append(run)
     log.info(
-        "sweep of %d runs: %d already done, %d to run with %d job(s)",
+        "sweep of %d runs: %d already done, %d to run (executor %s)",
         len(planned),
         len(result.skipped),
         len(todo),
-        jobs,
+        executor,
     )
-
-    def execute(run: PlannedRun) -> None:
-        # The page records the summary it shows, so a re-evaluated run is redone.
-        execute_notebook(
-            notebook,
-            run.notebook,
-            run.parameters,
-            title=run.title,
-            metadata=lambda: {
-                "source_sha256": source_digest,
-                "package_sha256": code_digest,
-                "summary_sha256": file_digest(run.config.run_dir() / "summary.json"),
-            },
-        )
 
     bar = tqdm(
         total=len(planned),
@@ -415,24 +477,130 @@ def run_sweep(
         unit="run",
         disable=not progress,
     )
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(execute, run): run for run in todo}
-        for future in as_completed(futures):
-            run = futures[future]
-            try:
-                future.result()
-            except NotebookFailed as error:
-                result.failed.append((run, str(error), error.notebook))
-                log.error("%s failed: %s", run.name, error)
-            else:
-                result.executed.append(run)
-            bar.set_postfix_str(run.name, refresh=False)
-            bar.update(1)
+    digests = (source_digest, code_digest)
+    if executor == "local":
+        finished = _execute_here(todo, notebook, digests, jobs)
+    else:
+        parameters = {
+            "partition": partition,
+            "gpus_per_run": gpus_per_run,
+            "time_minutes": time_minutes,
+        }
+        finished = _execute_submitted(
+            todo, notebook, digests, executor, parameters, Path(slurm_log_dir)
+        )
+    for run, failure in finished:
+        if failure is None:
+            result.executed.append(run)
+        else:
+            result.failed.append((run, *failure))
+            log.error("%s failed: %s", run.name, failure[0])
+        bar.set_postfix_str(run.name, refresh=False)
+        bar.update(1)
     bar.close()
     order = {run.notebook: i for i, run in enumerate(planned)}
     result.executed.sort(key=lambda run: order[run.notebook])
     result.failed.sort(key=lambda entry: order[entry[0].notebook])
     return result
+
+
+# What became of one run: None when it finished, else its error line and the
+# failed notebook (None when the notebook never ran).
+Outcome = tuple[PlannedRun, tuple[str, Path | None] | None]
+
+
+def check_executor_options(
+    executor: str, partition: str | None, gpus_per_run: int, time_minutes: int
+) -> None:
+    """Refuses a bad executor option before any work.
+
+    Raises:
+        ValueError: naming the option, the value and what is accepted.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(
+            f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}"
+        )
+    for option, value in (
+        ("--gpus-per-run", gpus_per_run),
+        ("--time-minutes", time_minutes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+    if executor == "slurm" and not partition:
+        raise ValueError(
+            f"--partition must name a Slurm partition with --executor slurm, "
+            f"got {partition!r}"
+        )
+
+
+def _execute_here(
+    todo: Sequence[PlannedRun],
+    source: Path,
+    digests: tuple[str, str],
+    jobs: int,
+) -> Iterator[Outcome]:
+    """Runs in this process, ``jobs`` at a time, yielded as they finish."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(execute_run, run, source, *digests): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                future.result()
+            except NotebookFailed as error:
+                yield run, (str(error), error.notebook)
+            else:
+                yield run, None
+
+
+def _execute_submitted(
+    todo: Sequence[PlannedRun],
+    source: Path,
+    digests: tuple[str, str],
+    executor: str,
+    parameters: dict[str, Any],
+    log_dir: Path,
+) -> Iterator[Outcome]:
+    """One submitit job per run, on Slurm or local subprocesses, yielded as done.
+
+    A job inherits this process's working directory, so relative run and
+    notebook paths mean the same in the job as here.
+    """
+    if not todo:
+        return
+    # Imported here: submitit is only needed on this path, and the command
+    # line's help should not wait for it.
+    import submitit
+    from submitit.helpers import as_completed as jobs_completed
+
+    cluster = "slurm" if executor == "slurm" else "local"
+    submitter = submitit.AutoExecutor(folder=log_dir / "%j", cluster=cluster)
+    options: dict[str, Any] = {
+        "name": "duel-sweep",
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": parameters["gpus_per_run"],
+        "timeout_min": parameters["time_minutes"],
+    }
+    if cluster == "slurm":
+        options["slurm_partition"] = parameters["partition"]
+    submitter.update_parameters(**options)
+    # The notebook's path is made absolute so that a job started elsewhere by
+    # the scheduler still finds it.
+    submitted = {
+        submitter.submit(submitted_run, run, source.resolve(), *digests): run
+        for run in todo
+    }
+    log.info("submitted %d job(s) to %s; logs in %s", len(submitted), cluster, log_dir)
+    for job in jobs_completed(list(submitted), poll_frequency=POLL_SECONDS[executor]):
+        run = submitted[job]
+        try:
+            failure = job.result()
+        except Exception as error:  # killed, timed out, or raised outside papermill
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            message = lines[-1].strip() if lines else type(error).__name__
+            failure = (f"{message} (log: {job.paths.stderr})", None)
+        yield run, failure
 
 
 # ------------------------------------------------------------ command line
@@ -492,6 +660,29 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
         default=str(Path("book") / "runs"),
         help="where executed notebooks go (default: book/runs)",
     )
+    parser.add_argument(
+        "--executor",
+        default="local",
+        help=f"where runs execute: {', '.join(EXECUTORS)} (default: local)",
+    )
+    parser.add_argument("--partition", default=None, help="the Slurm partition")
+    parser.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=1,
+        help="GPUs per submitted job (default: 1)",
+    )
+    parser.add_argument(
+        "--time-minutes",
+        type=int,
+        default=120,
+        help="time limit of each submitted job (default: 120)",
+    )
+    parser.add_argument(
+        "--slurm-log-dir",
+        default=str(Path("runs") / "slurm"),
+        help="where submitit keeps job logs (default: runs/slurm)",
+    )
 
 
 def sweep_command(args: argparse.Namespace) -> int:
@@ -507,6 +698,11 @@ def sweep_command(args: argparse.Namespace) -> int:
         device=args.device,
         jobs=args.jobs,
         progress=not args.quiet,
+        executor=args.executor,
+        partition=args.partition,
+        gpus_per_run=args.gpus_per_run,
+        time_minutes=args.time_minutes,
+        slurm_log_dir=args.slurm_log_dir,
     )
     sys.stdout.write(result.report() + "\n")
     return 0 if result.ok else 1
