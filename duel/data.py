@@ -29,14 +29,15 @@ import math
 import os
 import pickle
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
+
+from duel.io import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -540,23 +541,6 @@ def _load_digits(split: str, root: Path, download: bool) -> ImageDataset:
     )
 
 
-def _write_atomically(write: Callable[[BinaryIO], Any], target: Path) -> None:
-    """Write ``target`` through ``write(file)`` into a temporary file, then rename.
-
-    A crash or a concurrent reader never sees a half-written file under the
-    final name.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
-    try:
-        with open(partial, "wb") as out:
-            write(out)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def _download(
     name: str, looked_in: list[Path], how: str, fetch: Callable[[], Any]
 ) -> None:
@@ -571,8 +555,8 @@ def _download(
 
 
 def _decompress(source: Path, target: Path) -> None:
-    with gzip.open(source, "rb") as compressed:
-        _write_atomically(lambda out: shutil.copyfileobj(compressed, out), target)
+    with gzip.open(source, "rb") as compressed, atomic_writer(target) as out:
+        shutil.copyfileobj(compressed, out)
 
 
 def _load_fashion_mnist(split: str, root: Path, download: bool) -> ImageDataset:
@@ -846,8 +830,8 @@ def _load_imagenet_lt(split: str, root: Path, download: bool) -> ImageDataset:
     labels = torch.tensor(label_list, dtype=torch.int64)
 
     try:
-        _write_atomically(
-            lambda out: torch.save(
+        with atomic_writer(cache) as out:
+            torch.save(
                 {
                     "key": cache_key,
                     "images": images,
@@ -855,9 +839,7 @@ def _load_imagenet_lt(split: str, root: Path, download: bool) -> ImageDataset:
                     "class_names": class_names,
                 },
                 out,
-            ),
-            cache,
-        )
+            )
     except OSError as err:
         logger.warning("could not write the ImageNet-LT cache %s: %s", cache, err)
 
