@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -296,37 +297,65 @@ def _drop_title(runs: pd.DataFrame) -> str:
     )
 
 
-def plot_accuracy_curves(curves: pd.DataFrame) -> Figure:
-    """Figures 4 and 8: kNN accuracy over training, one panel per p_max.
+def _curves_per_p_max(
+    curves: pd.DataFrame,
+    column: str,
+    ylabel: str,
+    empty: str,
+    decorate: Callable[[Axes, float], None] | None = None,
+    **line: Any,
+) -> tuple[Figure, list[float]]:
+    """One panel per p_max, one line per method of ``column`` over steps.
 
-    Lines are means over seeds, bands one standard deviation.
+    Lines are means over seeds, bands one standard deviation. ``decorate``
+    adds to each panel (given its p_max) before the shared legend is drawn;
+    ``line`` goes to seaborn's ``lineplot``. Returns the figure and the p_max
+    of its panels (none, and a figure saying ``empty``, when no run recorded
+    ``column``).
     """
-    curves = curves[curves["run"] == curves["method"]].dropna(subset=["knn_accuracy"])
+    curves = curves[curves["run"] == curves["method"]].dropna(subset=[column])
     p_values = sorted(set(curves["p_max"].dropna()))
     if not p_values:
         figure, axes = _figure()
-        axes[0, 0].set_title("No kNN accuracy recorded yet")
-        return figure
+        axes[0, 0].set_title(empty)
+        return figure, []
     figure, axes = _figure(ncols=len(p_values), width=4.2)
-    curves = curves.assign(accuracy=100 * curves["knn_accuracy"])
     for ax, p_max in zip(axes[0], p_values, strict=True):
         panel = curves[np.isclose(curves["p_max"], p_max)]
         for method, group in panel.groupby("method", sort=False):
             sns.lineplot(
                 data=group,
                 x="step",
-                y="accuracy",
+                y=column,
                 errorbar="sd",
                 color=method_color(method),
                 label=METHOD_LABELS[method],
-                marker="o",
                 ax=ax,
+                **line,
             )
+        if decorate is not None:
+            decorate(ax, p_max)
         ax.set_title(f"p_max = {p_max:g}")
         ax.set_xlabel("training step")
-        ax.set_ylabel("kNN accuracy, test subset (%)")
+        ax.set_ylabel(ylabel)
     _legend_below(figure, axes)
-    set_title(figure, _final_gap_title(curves, "accuracy", max(p_values), "points"))
+    return figure, p_values
+
+
+def plot_accuracy_curves(curves: pd.DataFrame) -> Figure:
+    """Figures 4 and 8: kNN accuracy over training, one panel per p_max."""
+    curves = curves.assign(accuracy=100 * curves["knn_accuracy"])
+    figure, p_values = _curves_per_p_max(
+        curves,
+        "accuracy",
+        "kNN accuracy, test subset (%)",
+        "No kNN accuracy recorded yet",
+        marker="o",
+    )
+    if p_values:
+        curves = curves.dropna(subset=["accuracy"])
+        title = _final_gap_title(curves, "accuracy", max(p_values), "points")
+        set_title(figure, title)
     return figure
 
 
@@ -350,34 +379,20 @@ def _final_gap_title(curves: pd.DataFrame, column: str, p_max: float, unit: str)
 
 def plot_entropy_curves(curves: pd.DataFrame, num_classes: int) -> Figure:
     """Figure 8a: class entropy of the memory over training, one panel per p_max."""
-    curves = curves[curves["run"] == curves["method"]].dropna(
+    figure, p_values = _curves_per_p_max(
+        curves,
+        "memory_class_entropy",
+        "class entropy of the memory (nats)",
+        "No memory method has finished a run",
+        decorate=lambda ax, p_max: _entropy_references(ax, num_classes, p_max),
+    )
+    if not p_values:
+        return figure
+    p_max = max(p_values)
+    curves = curves[curves["run"] == curves["method"]]
+    panel = curves[np.isclose(curves["p_max"], p_max)].dropna(
         subset=["memory_class_entropy"]
     )
-    p_values = sorted(set(curves["p_max"].dropna()))
-    if not p_values:
-        figure, axes = _figure()
-        axes[0, 0].set_title("No memory method has finished a run")
-        return figure
-    figure, axes = _figure(ncols=len(p_values), width=4.2)
-    for ax, p_max in zip(axes[0], p_values, strict=True):
-        panel = curves[np.isclose(curves["p_max"], p_max)]
-        for method, group in panel.groupby("method", sort=False):
-            sns.lineplot(
-                data=group,
-                x="step",
-                y="memory_class_entropy",
-                errorbar="sd",
-                color=method_color(method),
-                label=METHOD_LABELS[method],
-                ax=ax,
-            )
-        _entropy_references(ax, num_classes, p_max)
-        ax.set_title(f"p_max = {p_max:g}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("class entropy of the memory (nats)")
-    _legend_below(figure, axes)
-    p_max = max(p_values)
-    panel = curves[np.isclose(curves["p_max"], p_max)]
     last = panel[panel["step"] == panel.groupby("run")["step"].transform("max")]
     final = last.groupby("method")["memory_class_entropy"].mean()
     parts = [f"{METHOD_LABELS[m]} {final[m]:.2f}" for m in final.index]
