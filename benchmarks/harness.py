@@ -14,7 +14,8 @@ run where the datasets are not installed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,13 +36,24 @@ class Setting:
 
     Attributes:
         name: ``cpu`` or ``paper-like`` (``quick`` in the smoke mode).
-        config: the run configuration; its ``method`` is replaced per method.
+        config: the run configuration of the profile's default method.
         note: how it departs from the profile it is built on.
+        overrides: the fields set on top of the profile.
     """
 
     name: str
     config: RunConfig
     note: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def config_for(self, method: str) -> RunConfig:
+        """The configuration a run of ``method`` gets, with the profile's
+        per-method defaults (BYOL's head, for one)."""
+        return build_config(self.config.profile, **self.overrides, method=method)
+
+
+def _setting(name: str, profile: str, note: str, **overrides: Any) -> Setting:
+    return Setting(name, build_config(profile, **overrides), note, overrides)
 
 
 def settings(quick: bool = False) -> list[Setting]:
@@ -54,19 +66,26 @@ def settings(quick: bool = False) -> list[Setting]:
     memory update).
     """
     if quick:
-        config = build_config(
-            "smoke", batch_size=16, memory_size=32, memory_draw=8, projection_dim=16
-        )
-        return [Setting("quick", config, "the smoke profile at batch 16, K 32")]
-    cpu = build_config("cpu")
-    paper_like = build_config("paper", backbone="small", lr=1e-3)
+        return [
+            _setting(
+                "quick",
+                "smoke",
+                "the smoke profile at batch 16, K 32",
+                batch_size=16,
+                memory_size=32,
+                memory_draw=8,
+                projection_dim=16,
+            )
+        ]
     return [
-        Setting("cpu", cpu, "the cpu profile as it trains"),
-        Setting(
+        _setting("cpu", "cpu", "the cpu profile as it trains"),
+        _setting(
             "paper-like",
-            paper_like,
+            "paper",
             "the paper's CIFAR-10 sizes (batch 256, K 2048, Z 256, 32 px RGB) "
             "with the small CNN instead of ResNet-50",
+            backbone="small",
+            lr=1e-3,
         ),
     ]
 
@@ -118,6 +137,7 @@ class StepHarness:
             mean=info.mean,
             std=info.std,
             crop=config.crop,
+            crop_scale=config.crop_scale,
         )
         self.generator = torch.Generator().manual_seed(seed + 1)
 
@@ -127,9 +147,7 @@ class StepHarness:
         torch.manual_seed(seed)
         self.method = build_method(
             method, method_config(config, images.shape[1]), fetch_views
-        ).to(device)
-        if device.type == "cuda":
-            self.method = self.method.to(memory_format=torch.channels_last)
+        ).to(device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(),
             lr=config.lr,
@@ -215,7 +233,8 @@ def warm_harness(
         if data_key not in _DATA:
             _DATA[data_key] = synthetic_data(setting.config)
         images, labels = _DATA[data_key]
-        harness = StepHarness(setting.config, method, images, labels, device)
+        config = setting.config_for(method)
+        harness = StepHarness(config, method, images, labels, device)
         harness.warm_up()
         _WARM[key] = harness
     return _WARM[key]

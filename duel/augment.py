@@ -406,6 +406,7 @@ def build_augmentation(
     mean: Sequence[float],
     std: Sequence[float],
     crop: bool | None = None,
+    crop_scale: float = 0.2,
 ) -> Augmentation:
     """Build one of the named recipes (see the module docstring).
 
@@ -417,6 +418,8 @@ def build_augmentation(
         crop: Add (True) or drop (False) the random resized crop; ``None``
             keeps the recipe's default (``simclr``: on; ``paper``, ``none``:
             off).
+        crop_scale: Smallest area of the random resized crop, as a fraction
+            of the image; the largest is the whole image.
 
     Returns:
         The augmentation.
@@ -425,7 +428,12 @@ def build_augmentation(
         ValueError: If ``name`` is unknown, or ``crop=True`` is asked of
             ``none``.
     """
-    common = {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
+    common = {
+        "image_size": image_size,
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "crop_scale": (crop_scale, 1.0),
+    }
     jitter = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}
     if name == "paper":
         return Augmentation(

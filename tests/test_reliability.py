@@ -45,6 +45,8 @@ SMOKE = ["train", "--profile", "smoke", "--method", "d-moco"]
         (["--tau", "0"], "tau must be a number > 0, got 0.0"),
         (["--eps", "1.5"], "eps must be a number in [0, 1], got 1.5"),
         (["--eps", "-1"], "eps must be a number in [0, 1], got -1.0"),
+        (["--crop-scale", "0"], "crop_scale must be a number in (0, 1], got 0.0"),
+        (["--crop-scale", "1.2"], "crop_scale must be a number in (0, 1], got 1.2"),
         (
             ["--memory-size", "16", "--batch-size", "32"],
             "memory_size must be >= batch_size (32) for d-moco, got 16",

@@ -199,3 +199,35 @@ def test_session_uses_the_profile_data(tmp_path):
     assert session.train_set.name == "digits"
     assert session.images.dtype == torch.uint8
     assert session.method.memory.size == 64
+
+
+def test_session_crops_at_the_configured_scale(tmp_path):
+    session = open_session(smoke(tmp_path, crop_scale=0.5))
+    assert session.augmentation.crop
+    assert session.augmentation.crop_scale == (0.5, 1.0)
+
+
+def test_profiles_layer_method_then_dataset_defaults():
+    byol = build_config("cpu", method="byol")
+    simclr = build_config("cpu", method="simclr")
+    assert (byol.projector, byol.projector_batch_norm, byol.lr) == ("mlp2", True, 1e-3)
+    assert (simclr.projector, simclr.projector_batch_norm) == ("linear", False)
+    assert simclr.lr == 3e-3 and byol.steps == simclr.steps
+    # An explicit value beats every layer of the profile.
+    assert build_config("cpu", method="byol", lr=5e-3).lr == 5e-3
+
+    cifar = build_config("paper", method="byol")
+    assert (cifar.projector, cifar.hidden_dim, cifar.projector_batch_norm) == (
+        "mlp2",
+        2048,
+        False,
+    )
+    # STL-10's own BYOL head sits on top of both the method's and the dataset's.
+    stl = build_config("paper", method="byol", dataset="stl10")
+    assert (stl.hidden_dim, stl.projector_batch_norm, stl.projection_dim) == (
+        4096,
+        True,
+        512,
+    )
+    stl_simclr = build_config("paper", method="simclr", dataset="stl10")
+    assert (stl_simclr.projector, stl_simclr.projector_batch_norm) == ("mlp2", False)
