@@ -82,12 +82,20 @@ def file_digest(path: str | os.PathLike) -> str:
 PAGE_MODULES = ("book.py", "data.py", "figures.py", "metrics.py", "representations.py")
 
 
-def package_digest() -> str:
-    """SHA-256 over the package modules that the pages' outputs depend on."""
+def package_digest(profile: str | None = None) -> str:
+    """SHA-256 over the package modules that the pages' outputs depend on.
+
+    With a ``profile``, its list of departures from the paper counts too: a
+    run's page shows that list, so a reworded departure redoes the page.
+    """
     digest = hashlib.sha256()
     for name in PAGE_MODULES:
         digest.update(name.encode())
         digest.update((Path(__file__).parent / name).read_bytes())
+    if profile is not None:
+        from duel.config import PROFILES
+
+        digest.update(json.dumps(PROFILES[profile]["departures"]).encode())
     return digest.hexdigest()
 
 
@@ -310,7 +318,7 @@ def execute_run(
         run: the planned run.
         source: the training notebook.
         source_digest: :func:`file_digest` of ``source``.
-        code_digest: :func:`package_digest` of the package.
+        code_digest: :func:`package_digest` of the package and profile.
 
     Raises:
         NotebookFailed: the notebook raised.
@@ -454,7 +462,7 @@ def run_sweep(
         num_threads=threads,
     )
     source_digest = file_digest(notebook)
-    code_digest = package_digest()
+    code_digest = package_digest(profile)
     result = SweepResult()
     todo = []
     for run in planned:

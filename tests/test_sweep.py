@@ -16,6 +16,7 @@ from duel.sweep import (
     WIDGET_VIEW,
     clean_notebook,
     notebook_name,
+    package_digest,
     plan_sweep,
     run_sweep,
 )
@@ -195,3 +196,14 @@ def test_sweep_resumes_skips_and_lists_failures(tmp_path, monkeypatch, capsys):
     )
     assert [run.name for run in redone.executed] == ["moco_p_max-0.75_seed-0"]
     assert book.read_numbers(redone.executed[0].notebook)["status"] == "loaded"
+
+
+def test_a_reworded_departure_redoes_the_profile_pages(monkeypatch):
+    from duel.config import PROFILES
+
+    before = {profile: package_digest(profile) for profile in PROFILES}
+    assert before["cpu"] != package_digest()
+    reworded = [*PROFILES["cpu"]["departures"][:-1], "Something else."]
+    monkeypatch.setitem(PROFILES["cpu"], "departures", reworded)
+    assert package_digest("cpu") != before["cpu"]
+    assert package_digest("smoke") == before["smoke"]
