@@ -20,11 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from duel.augment import build_augmentation
 from duel.config import RunConfig, build_config, replace
 from duel.data import DATASETS, ImbalancedStream, class_probabilities
-from duel.methods import DSimCLR, build_method
-from duel.train import method_config
+from duel.methods import DSimCLR
+from duel.train import build_seeded_method, training_augmentation
 
 # Synthetic images per setting: enough for the stream to draw distinct batches.
 NUM_IMAGES = 4096
@@ -131,23 +130,13 @@ class StepHarness:
         info = DATASETS[config.dataset]
         self.images = images.to(device)
         self.labels = labels
-        self.augmentation = build_augmentation(
-            config.augmentation,
-            image_size=config.image_size,
-            mean=info.mean,
-            std=info.std,
-            crop=config.crop,
-            crop_scale=config.crop_scale,
-        )
+        self.augmentation = training_augmentation(config)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
         def fetch_views(indices: Tensor) -> Tensor:
             return self.augmentation(self.images[indices.to(device)], self.generator)
 
-        torch.manual_seed(seed)
-        self.method = build_method(
-            method, method_config(config, images.shape[1]), fetch_views
-        ).to(device, memory_format=torch.channels_last)
+        self.method = build_seeded_method(config, images.shape[1], fetch_views, device)
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(),
             lr=config.lr,
